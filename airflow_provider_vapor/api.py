@@ -30,6 +30,7 @@ from airflow_provider_vapor.exceptions import (
     VaporUnavailableError,
 )
 
+DEFAULT_CONN_ID = "vapor_default"
 REPLICAS_PATH = "/v2/apps/replicas"
 BODY_EXCERPT_CHARS = 300
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -52,7 +53,7 @@ def check_identifier(field_name: str, value: object) -> str:
         )
     if value in (".", ".."):
         raise VaporConfigurationError(
-            f"{field_name} must not be {value!r}: HTTP clients and proxies resolve it as a path step"
+            f"{field_name} must not be {value!r}: HTTP clients and proxies read it as a path step"
         )
     return value
 

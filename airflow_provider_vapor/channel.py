@@ -21,9 +21,8 @@ from airflow_provider_vapor.exceptions import (
     VaporNotFoundError,
 )
 from airflow_provider_vapor.hooks.vapor import VaporConnectionSettings
-from airflow_provider_vapor.protocol import FAILED, SUCCESS, DeploymentProgress
+from airflow_provider_vapor.protocol import FAILED, SUCCESS, TIMEOUT, DeploymentProgress
 
-TIMEOUT = "timeout"
 PING_INTERVAL = 20.0
 PING_TIMEOUT = 20.0
 MAX_RECONNECT_WAIT = 30.0

@@ -22,6 +22,8 @@ FAILED = "failed"
 ACTIVE_STATUSES = frozenset({WAITING, RUNNING})
 TERMINAL_STATUSES = frozenset({SUCCESS, FAILED})
 KNOWN_STATUSES = ACTIVE_STATUSES | TERMINAL_STATUSES
+# Not a service status: what a wait reports when its deadline passed first.
+TIMEOUT = "timeout"
 
 DEFAULT_CHANNEL_PATH = "/v2/activity/channel/{deployment_id}"
 NORMAL_CLOSURE = 1000

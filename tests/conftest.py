@@ -38,7 +38,9 @@ def use_connection(monkeypatch):
     """Point a connection id at the emulator with the given settings."""
 
     def use(conn_id: str, emulator, token: str | None = None, **extra) -> str:
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", vapor_connection(emulator, token, **extra))
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{conn_id.upper()}", vapor_connection(emulator, token, **extra)
+        )
         return conn_id
 
     return use

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -97,7 +98,9 @@ def test_channel_url_is_the_tracking_url_when_the_response_has_one(emulator):
 
 
 def test_channel_path_template_is_a_connection_setting(emulator, use_connection):
-    conn_id = use_connection("vapor_custom", emulator, channel_path="/ws/deployments/{deployment_id}")
+    conn_id = use_connection(
+        "vapor_custom", emulator, channel_path="/ws/deployments/{deployment_id}"
+    )
 
     url = VaporHook(conn_id).deployment_channel_url({"deployment": {"id": 7, "status": "waiting"}})
 
@@ -142,7 +145,7 @@ def test_bad_request_is_not_retried(emulator):
 
 
 def test_negative_replicas_are_refused_before_any_request(emulator):
-    with pytest.raises(VaporConfigurationError, match="replicas .* got -1"):
+    with pytest.raises(VaporConfigurationError, match=r"replicas .* got -1"):
         VaporHook().scale_replica(APP, ENV, WEB, -1)
 
     assert emulator.requests == []
@@ -155,7 +158,7 @@ def test_429_is_retried_after_the_retry_after_seconds(emulator):
 
     sent = patches(emulator, "/scale")
     assert [r.status for r in sent] == [429, 429, 200]
-    gaps = [later.at - earlier.at for earlier, later in zip(sent, sent[1:])]
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(sent)]
     assert all(0.9 <= gap < 1.8 for gap in gaps), gaps
     assert len(emulator.mutations(action="scale")) == 1
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import uvicorn
 from starlette.requests import Request
@@ -72,10 +72,20 @@ _TRUNCATED_JSON = b'{"replica": {"status": "created", "name": "web", "replicas":
 @dataclass(frozen=True)
 class _Route:
     action: str | None
-    application: str | None = None
-    environment: str | None = None
-    replica: str | None = None
-    pod: str | None = None
+    where: tuple[str, str, str] | None = None
+    pod: str = ""
+
+    @property
+    def application(self) -> str | None:
+        return self.where[0] if self.where else None
+
+    @property
+    def environment(self) -> str | None:
+        return self.where[1] if self.where else None
+
+    @property
+    def replica(self) -> str | None:
+        return self.where[2] if self.where else None
 
 
 def split_path(raw_path: bytes) -> tuple[str, tuple[str, ...]]:
@@ -88,12 +98,13 @@ def _route(segments: tuple[str, ...]) -> _Route:
     if segments[:3] != API_PREFIX or len(segments) < 6:
         return _Route(None)
     application, environment, replica, *rest = segments[3:]
+    where = (application, environment, replica)
     if not rest:
-        return _Route("view", application, environment, replica)
+        return _Route("view", where)
     if len(rest) == 1 and rest[0] in (*ACTIONS, "status"):
-        return _Route(rest[0], application, environment, replica)
+        return _Route(rest[0], where)
     if len(rest) == 2 and rest[1] == "logs":
-        return _Route("logs", application, environment, replica, rest[0])
+        return _Route("logs", where, rest[0])
     return _Route(None)
 
 
@@ -203,31 +214,43 @@ class EmulatorService:
             action=route.action,
         )
         fault = self.faults.take_request_fault(method, raw_path)
-        kind = fault.kind if fault is not None else None
+        if fault is not None:
+            return await self._answer_with_fault(fault, request, route, payload, record)
 
-        if kind == "hang":
+        response, deployment_id = self._answer(method, route, payload, record.keywords)
+        self.state.record(record(status=response.status_code, deployment_id=deployment_id))
+        return response
+
+    async def _answer_with_fault(
+        self,
+        fault: RequestFault,
+        request: Request,
+        route: _Route,
+        payload: bytes,
+        record: functools.partial[RecordedRequest],
+    ) -> Response:
+        if fault.kind == "hang":
             self.state.record(record(status=0))
             await self._stopping.wait()
             self.abort_connection(request.scope)
             await asyncio.sleep(0)
             return Response(status_code=503)
-        if kind == "fail" and fault is not None:
+        if fault.kind == "fail":
             response = _injected_failure(fault)
             self.state.record(record(status=response.status_code))
             return response
-        if fault is not None and not fault.apply:
-            if kind == "delay":
-                await self._sleep(fault.seconds)
-            else:
-                response = _malformed(fault.malformed, None)
-                self.state.record(record(status=response.status_code))
-                return response
+        if fault.kind == "malformed" and not fault.apply:
+            response = _malformed(fault.malformed, None)
+            self.state.record(record(status=response.status_code))
+            return response
+        if fault.kind == "delay" and not fault.apply:
+            await self._sleep(fault.seconds)
 
-        response, deployment_id = self._answer(method, route, payload, record.keywords)
-        if kind == "malformed" and fault is not None:
+        response, deployment_id = self._answer(request.method, route, payload, record.keywords)
+        if fault.kind == "malformed":
             response = _malformed(fault.malformed, response)
         self.state.record(record(status=response.status_code, deployment_id=deployment_id))
-        if kind == "delay" and fault is not None and fault.apply:
+        if fault.kind == "delay" and fault.apply:
             await self._sleep(fault.seconds)
         return response
 
@@ -237,24 +260,21 @@ class EmulatorService:
         if not recorded["authorized"]:
             reason = "missing or invalid bearer token; send 'Authorization: Bearer <token>'"
             return _error(401, reason, {"WWW-Authenticate": "Bearer"}), None
-        if route.action is None:
+        where = route.where
+        if route.action is None or where is None:
             raw_path = recorded["raw_path"]
             return _error(404, f"no such endpoint: {method} {raw_path}"), None
         expected = "GET" if route.action in _READS else "PATCH"
         if method != expected:
             reason = f"{route.action} takes {expected}, not {method}"
             return _error(405, reason, {"Allow": expected}), None
-        assert route.application is not None
-        assert route.environment is not None
-        assert route.replica is not None
-        where = (route.application, route.environment, route.replica)
         try:
             if route.action == "view":
                 return JSONResponse(self.state.replica(*where)), None
             if route.action == "status":
                 return JSONResponse(self.state.pods(*where)), None
             if route.action == "logs":
-                return self._pod_log(where, route.pod or "", recorded["query"]), None
+                return self._pod_log(where, route.pod, recorded["query"]), None
             self.state.replica(*where)
             target = _target(route.action, payload)
             return self._change(where, route.action, target)
@@ -264,13 +284,11 @@ class EmulatorService:
             return error.response, None
 
     def _pod_log(self, where: tuple[str, str, str], pod: str, query: str) -> Response:
-        request_query = dict(
-            part.split("=", 1) if "=" in part else (part, "") for part in query.split("&") if part
-        )
-        lines_text = unquote(request_query.get("lines", "100"))
-        if not lines_text.isdigit():
+        request_query = dict(parse_qsl(query, keep_blank_values=True))
+        lines_text = request_query.get("lines", "100")
+        if not (lines_text.isascii() and lines_text.isdigit()):
             raise _BadRequest(400, f"'lines' must be a non-negative integer, got {lines_text!r}")
-        timestamps_text = unquote(request_query.get("timestamps", "false")).lower()
+        timestamps_text = request_query.get("timestamps", "false").lower()
         if timestamps_text not in ("true", "false", "1", "0"):
             raise _BadRequest(400, f"'timestamps' must be true or false, got {timestamps_text!r}")
         lines = self.state.pod_log(
@@ -651,7 +669,11 @@ class VaporEmulator:
 
     @property
     def requests(self) -> list[RecordedRequest]:
-        """Every REST request received so far, in the order they were answered."""
+        """Every request received so far, in the order they were answered.
+
+        Channel handshakes are among them, with ``websocket`` true, ``method`` ``GET`` and
+        ``status`` 101 when accepted; :attr:`channel_requests` lists only those.
+        """
         return self.state.requests
 
     @property

@@ -8,8 +8,13 @@ Matching of REST faults is deliberately simple: a fault matches a request when `
 ``None`` or equal to the request's method (case-insensitive), and ``path_suffix`` is ``None`` or
 the end of the request's raw path as sent (without the query string), e.g. ``"/scale"``,
 ``"/reboot"``, ``"/status"`` or ``"/logs"``. Armed REST faults are tried in the order they were
-armed, and a request takes the first one that matches. REST faults apply to every request under
-them, before the token is checked, like a proxy in front of the service would.
+armed, and a request takes the first one that matches. REST faults apply to any REST request,
+before the token is checked, as a proxy in front of the service would; channel handshakes never
+match them.
+
+Channel faults apply to the next connections that pass the handshake (valid token, known
+deployment), each kind counted on its own, so one connection can take several kinds at once.
+A channel fault that cuts a stream after some frames has no effect on a stream that ends first.
 """
 
 from __future__ import annotations
@@ -291,7 +296,9 @@ class Faults:
     def drop_channel_after(self, frames: int, count: int = 1) -> None:
         """Cut the next channel connections after ``frames`` frames, without a close frame.
 
-        The TCP connection is aborted, so the client sees the connection lost (close code 1006).
+        The TCP connection is aborted, so the client sees the connection lost (close code 1006)
+        rather than a close frame. The emulator finds the connection's transport among the
+        server's open connections; should it ever not find it, it closes with 1011 instead.
 
         :param frames: how many frames to send first, injected frames and the first status
             frame included.

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from airflow_provider_vapor.api import (
+    DEFAULT_CONN_ID,
     FORBIDDEN_CHARACTERS,
     ApiCall,
     ReplicaRef,
@@ -161,7 +162,7 @@ class VaporHook(BaseHook):
     """
 
     conn_name_attr = "vapor_conn_id"
-    default_conn_name = "vapor_default"
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "vapor"
     hook_name = "Vapor Cloud"
 

@@ -7,17 +7,11 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator, ResumableJobMixin, conf
 
-from airflow_provider_vapor.api import ReplicaRef, check_identifier
-from airflow_provider_vapor.channel import (
-    DeploymentOutcome,
-    follow_deployment,
-    judge_replica,
-    read_deployment_status,
-)
+from airflow_provider_vapor.api import DEFAULT_CONN_ID, ReplicaRef, check_identifier
 from airflow_provider_vapor.exceptions import (
     VaporConfigurationError,
     VaporDeploymentFailedError,
@@ -26,16 +20,19 @@ from airflow_provider_vapor.exceptions import (
     VaporNotFoundError,
     VaporProtocolError,
 )
-from airflow_provider_vapor.hooks.vapor import VaporHook
 from airflow_provider_vapor.links import VaporReplicaLink
 from airflow_provider_vapor.protocol import (
     ACTIVE_STATUSES,
     FAILED,
     SUCCESS,
     TERMINAL_STATUSES,
+    TIMEOUT,
     deployment_from_response,
 )
-from airflow_provider_vapor.triggers.deployment import VaporDeploymentTrigger
+
+if TYPE_CHECKING:
+    from airflow_provider_vapor.channel import DeploymentOutcome
+    from airflow_provider_vapor.hooks.vapor import VaporHook
 
 DEFAULT_TIMEOUT = timedelta(hours=1)
 # How long after the trigger's own deadline Airflow gives up on a deferral whose trigger never
@@ -100,7 +97,7 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
         application: str,
         environment: str,
         replica: str,
-        vapor_conn_id: str = VaporHook.default_conn_name,
+        vapor_conn_id: str = DEFAULT_CONN_ID,
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         timeout: float | timedelta = DEFAULT_TIMEOUT,
@@ -125,6 +122,8 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
 
     @cached_property
     def hook(self) -> VaporHook:
+        from airflow_provider_vapor.hooks.vapor import VaporHook
+
         return VaporHook(self.vapor_conn_id)
 
     @property
@@ -173,6 +172,8 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
         }
 
     def get_job_status(self, external_id: Any, context: Any) -> str:
+        from airflow_provider_vapor.channel import read_deployment_status
+
         deployment_id, url = external_id["deployment_id"], external_id["channel_url"]
         try:
             outcome = asyncio.run(read_deployment_status(self.hook.settings, deployment_id, url))
@@ -189,6 +190,9 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
         return status == SUCCESS
 
     def poll_until_complete(self, external_id: Any, context: Any) -> None:
+        from airflow_provider_vapor.channel import DeploymentOutcome, follow_deployment
+        from airflow_provider_vapor.triggers.deployment import VaporDeploymentTrigger
+
         deployment_id, url = external_id["deployment_id"], external_id["channel_url"]
         if self._deployment_status in TERMINAL_STATUSES:
             self._check(DeploymentOutcome(deployment_id, self._deployment_status))
@@ -232,6 +236,8 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         """Turn the trigger's event into the task's result, or a clear failure."""
+        from airflow_provider_vapor.channel import DeploymentOutcome
+
         try:
             outcome = DeploymentOutcome(
                 event["deployment_id"], event["status"], event.get("message"), event["judged_from"]
@@ -251,13 +257,15 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
             raise VaporDeploymentFailedError(
                 f"{what} failed: {outcome.message or 'the service gave no reason'}"
             )
-        if outcome.status == "timeout":
+        if outcome.status == TIMEOUT:
             raise VaporDeploymentTimeoutError(f"{what}: {outcome.message}")
         if outcome.status == "error":
             raise VaporError(f"{what}: {outcome.message}")
         raise VaporProtocolError(f"{what} ended with unexpected status {outcome.status!r}")
 
     def _judge_from_rest(self, deployment_id: int | str) -> DeploymentOutcome:
+        from airflow_provider_vapor.channel import judge_replica
+
         ref = self.target
         return judge_replica(
             deployment_id,

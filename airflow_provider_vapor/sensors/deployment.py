@@ -6,22 +6,22 @@ import asyncio
 import time
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
 
-from airflow_provider_vapor.api import check_identifier
-from airflow_provider_vapor.channel import TIMEOUT, read_deployment_status
+from airflow_provider_vapor.api import DEFAULT_CONN_ID, check_identifier
 from airflow_provider_vapor.exceptions import (
     VaporConfigurationError,
     VaporDeploymentFailedError,
     VaporError,
     VaporProtocolError,
 )
-from airflow_provider_vapor.hooks.vapor import VaporHook
-from airflow_provider_vapor.protocol import FAILED, SUCCESS
-from airflow_provider_vapor.triggers.deployment import VaporDeploymentTrigger
+from airflow_provider_vapor.protocol import FAILED, SUCCESS, TIMEOUT
+
+if TYPE_CHECKING:
+    from airflow_provider_vapor.hooks.vapor import VaporHook
 
 
 class VaporDeploymentSensor(BaseSensorOperator):
@@ -47,7 +47,7 @@ class VaporDeploymentSensor(BaseSensorOperator):
         *,
         deployment_id: int | str,
         channel_url: str | None = None,
-        vapor_conn_id: str = VaporHook.default_conn_name,
+        vapor_conn_id: str = DEFAULT_CONN_ID,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
@@ -59,6 +59,8 @@ class VaporDeploymentSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> VaporHook:
+        from airflow_provider_vapor.hooks.vapor import VaporHook
+
         return VaporHook(self.vapor_conn_id)
 
     @property
@@ -71,6 +73,8 @@ class VaporDeploymentSensor(BaseSensorOperator):
         self._validate()
         if not self.deferrable:
             return super().execute(context)
+        from airflow_provider_vapor.triggers.deployment import VaporDeploymentTrigger
+
         self.defer(
             trigger=VaporDeploymentTrigger(
                 deployment_id=self.deployment_id,
@@ -82,6 +86,8 @@ class VaporDeploymentSensor(BaseSensorOperator):
         )
 
     def poke(self, context: Any) -> PokeReturnValue | bool:
+        from airflow_provider_vapor.channel import read_deployment_status
+
         outcome = asyncio.run(
             read_deployment_status(self.hook.settings, self.deployment_id, self.url)
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_vapor.api import DEFAULT_CONN_ID
 from airflow_provider_vapor.channel import DeploymentOutcome, follow_deployment, judge_replica
 from airflow_provider_vapor.exceptions import VaporError
 from airflow_provider_vapor.hooks.vapor import VaporHook
@@ -41,7 +42,7 @@ class VaporDeploymentTrigger(BaseTrigger):
         deployment_id: int | str,
         channel_url: str,
         deadline: float,
-        vapor_conn_id: str = VaporHook.default_conn_name,
+        vapor_conn_id: str = DEFAULT_CONN_ID,
         application: str | None = None,
         environment: str | None = None,
         replica: str | None = None,
