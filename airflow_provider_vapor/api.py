@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,17 +131,17 @@ def read_response(
             f"{where}: the service refused the token ({reason}). Check the password of the "
             "Vapor Cloud connection.",
             call=call.description,
-            status_code=status,
+            http_status=status,
         )
     if status == 404:
         raise VaporNotFoundError(
             f"{where}: not found ({reason}). Check the application, environment and replica.",
             call=call.description,
-            status_code=status,
+            http_status=status,
         )
     if status in RETRYABLE_STATUSES:
         error = VaporUnavailableError(
-            f"{where}: {reason}", call=call.description, status_code=status
+            f"{where}: {reason}", call=call.description, http_status=status
         )
         error.retry_after = parse_retry_after(headers.get("Retry-After"))
         if not call.idempotent and status not in NOT_PROCESSED_STATUSES:
@@ -150,14 +149,19 @@ def read_response(
                 f"{where} ({reason}); the service may have carried it out. It is not sent again "
                 "automatically: check the replica before running the task again.",
                 call=call.description,
-                status_code=status,
+                http_status=status,
             )
-        raise error
+        raise VaporUnavailableError(
+            f"{where}: {reason}",
+            call=call.description,
+            http_status=status,
+            retry_after=parse_retry_after(headers.get("Retry-After")),
+        )
     if 400 <= status < 500:
         raise VaporRejectedError(
-            f"{where}: rejected ({reason})", call=call.description, status_code=status
+            f"{where}: rejected ({reason})", call=call.description, http_status=status
         )
-    raise VaporApiError(f"{where}: {reason}", call=call.description, status_code=status)
+    raise VaporApiError(f"{where}: {reason}", call=call.description, http_status=status)
 
 
 def transport_failure(call: ApiCall, problem: str, may_have_been_sent: bool) -> VaporApiError:
@@ -174,9 +178,7 @@ def transport_failure(call: ApiCall, problem: str, may_have_been_sent: bool) -> 
             "running the task again.",
             call=call.description,
         )
-    error = VaporUnavailableError(f"{call.description}: {problem}", call=call.description)
-    error.retry_after = None
-    return error
+    return VaporUnavailableError(f"{call.description}: {problem}", call=call.description)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -215,7 +217,7 @@ class _WaitRetryAfterOrBackoff(wait_random_exponential):
         return super().__call__(retry_state)
 
 
-def retry_policy(call: ApiCall, settings: RetrySettings, log: logging.Logger) -> dict[str, Any]:
+def retry_policy(call: ApiCall, settings: RetrySettings, log: Any) -> dict[str, Any]:
     """Keyword arguments for tenacity's ``Retrying`` or ``AsyncRetrying`` for one call.
 
     Only :class:`VaporUnavailableError` is tried again: connection failures before the request

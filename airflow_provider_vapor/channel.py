@@ -196,13 +196,13 @@ class _connect:
                 raise VaporAuthenticationError(
                     f"the deployment channel {self.url} refused the token ({status}); check the "
                     f"password of connection {settings.conn_id!r}",
-                    status_code=status,
+                    http_status=status,
                 ) from None
             if status == 404:
                 raise VaporNotFoundError(
                     f"the deployment channel {self.url} does not exist (404): the deployment is "
                     "unknown or has expired",
-                    status_code=status,
+                    http_status=status,
                 ) from None
             raise
 

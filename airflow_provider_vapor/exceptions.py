@@ -17,13 +17,13 @@ class VaporApiError(VaporError):
     """A Vapor Cloud REST call did not succeed.
 
     :param call: what was being done, e.g. ``scale web in my-app/production``.
-    :param status_code: the HTTP status of the last response, if there was one.
+    :param http_status: the HTTP status of the last response, if there was one.
     """
 
-    def __init__(self, message: str, *, call: str = "", status_code: int | None = None):
+    def __init__(self, message: str, *, call: str = "", http_status: int | None = None):
         super().__init__(message)
         self.call = call
-        self.status_code = status_code
+        self.http_status = http_status
 
 
 class VaporAuthenticationError(VaporApiError):
@@ -39,7 +39,21 @@ class VaporRejectedError(VaporApiError):
 
 
 class VaporUnavailableError(VaporApiError):
-    """The service could not be reached, or kept failing, after every retry."""
+    """The service could not be reached, or kept failing, after every retry.
+
+    :param retry_after: the seconds the service asked to wait before trying again, if it did.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        call: str = "",
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, call=call, http_status=http_status)
+        self.retry_after = retry_after
 
 
 class VaporOutcomeUnknownError(VaporApiError):

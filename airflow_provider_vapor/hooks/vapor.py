@@ -407,7 +407,7 @@ def _gave_up(error: VaporUnavailableError, statistics: Mapping[str, Any]) -> Vap
     return VaporUnavailableError(
         f"{error} (gave up after {attempts} attempts)",
         call=error.call,
-        status_code=error.status_code,
+        http_status=error.http_status,
     )
 
 

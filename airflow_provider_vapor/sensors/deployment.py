@@ -123,8 +123,7 @@ class VaporDeploymentSensor(BaseSensorOperator):
         value = self.deployment_id
         if isinstance(value, int) and not isinstance(value, bool):
             return
-        check_identifier("deployment_id", value)
-        if "/" in value:
+        if "/" in check_identifier("deployment_id", value):
             raise VaporConfigurationError(f"deployment_id must not contain '/', got {value!r}")
 
     def _summary(self, status: str) -> dict[str, Any]:

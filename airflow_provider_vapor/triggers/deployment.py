@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_vapor.api import DEFAULT_CONN_ID
-from airflow_provider_vapor.channel import DeploymentOutcome, follow_deployment, judge_replica
+from airflow_provider_vapor.channel import (
+    DeploymentOutcome,
+    JudgeFromRest,
+    follow_deployment,
+    judge_replica,
+)
 from airflow_provider_vapor.exceptions import VaporError
 from airflow_provider_vapor.hooks.vapor import VaporHook
 
@@ -96,7 +100,7 @@ class VaporDeploymentTrigger(BaseTrigger):
                 self.channel_url,
                 self.deadline,
                 on_log=self.log.info,
-                judge_from_rest=self._judge_from_rest(hook) if self.replica else None,
+                judge_from_rest=self._judge_from_rest(hook),
                 max_reconnect_wait=self.max_reconnect_wait,
             )
         except VaporError as error:
@@ -106,15 +110,14 @@ class VaporDeploymentTrigger(BaseTrigger):
         self.log.info("Deployment %s finished: %s", self.deployment_id, outcome.status)
         yield TriggerEvent({**outcome.as_dict(), "channel_url": self.channel_url})
 
-    def _judge_from_rest(self, hook: VaporHook):
+    def _judge_from_rest(self, hook: VaporHook) -> JudgeFromRest | None:
+        application, environment, replica = self.application, self.environment, self.replica
+        if not (application and environment and replica):
+            return None
+
         async def judge() -> DeploymentOutcome:
-            replica = await hook.aget_replica(self.application, self.environment, self.replica)
-            pods = await hook.aget_pods(self.application, self.environment, self.replica)
-            return judge_replica(self.deployment_id, replica, pods, self.replicas, self.plan)
+            view = await hook.aget_replica(application, environment, replica)
+            pods = await hook.aget_pods(application, environment, replica)
+            return judge_replica(self.deployment_id, view, pods, self.replicas, self.plan)
 
         return judge
-
-
-def deadline_in(seconds: float) -> float:
-    """The deadline ``seconds`` from now, as the trigger takes it."""
-    return time.time() + seconds
