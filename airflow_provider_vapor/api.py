@@ -258,7 +258,8 @@ def _reason(text: str) -> str:
 
 
 def _excerpt(text: str, redact: Callable[[str], str]) -> str:
-    text = redact(text)
+    # One line: a body quoted in an error must not be able to add lines to a log.
+    text = " ".join(redact(text).split())
     if len(text) > BODY_EXCERPT_CHARS:
         return f"{text[:BODY_EXCERPT_CHARS]}... ({len(text)} characters)"
     return text

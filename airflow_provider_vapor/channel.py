@@ -19,6 +19,7 @@ from airflow_provider_vapor.exceptions import (
     VaporAuthenticationError,
     VaporConfigurationError,
     VaporNotFoundError,
+    VaporUnavailableError,
 )
 from airflow_provider_vapor.hooks.vapor import VaporConnectionSettings
 from airflow_provider_vapor.protocol import FAILED, SUCCESS, TIMEOUT, DeploymentProgress
@@ -27,6 +28,7 @@ PING_INTERVAL = 20.0
 PING_TIMEOUT = 20.0
 MAX_RECONNECT_WAIT = 30.0
 MAX_FRAME_BYTES = 1 << 20
+READ_STATUS_ATTEMPTS = 3
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ async def follow_deployment(
             return await judge_from_rest()
         except (OSError, _ChannelClosed) as error:
             failures += 1
-            wait = min(max_reconnect_wait, 0.5 * 2 ** min(failures, 10)) * random.uniform(0.5, 1)
+            wait = _reconnect_wait(failures, max_reconnect_wait)
             log.warning(
                 "Channel of deployment %s closed before it finished (%s); reconnecting in %.1f s",
                 deployment_id,
@@ -124,22 +126,62 @@ async def follow_deployment(
 
 
 async def read_deployment_status(
-    settings: VaporConnectionSettings, deployment_id: int | str, url: str
+    settings: VaporConnectionSettings,
+    deployment_id: int | str,
+    url: str,
+    attempts: int = READ_STATUS_ATTEMPTS,
 ) -> DeploymentOutcome:
-    """Open the channel, read the status the server sends first, and close it again."""
+    """Open the channel, read the status the server sends first, and close it again.
+
+    A channel that closes, or cannot be opened, before it sends that status is opened again, up
+    to ``attempts`` times in all; after that the error says what went wrong.
+
+    :param settings: the connection's settings (token, TLS, timeouts).
+    :param deployment_id: the deployment to look at.
+    :param url: the channel's websocket URL.
+    :param attempts: how many times to open the channel at most.
+    """
     progress = DeploymentProgress(deployment_id)
-    async with _connect(settings, url) as websocket:
-        while progress.status is None:
-            progress.receive(await asyncio.wait_for(websocket.recv(), settings.read_timeout))
-    return DeploymentOutcome(deployment_id, progress.status, progress.message)
+    problem = "no attempt was made"
+    for attempt in range(1, attempts + 1):
+        try:
+            await asyncio.wait_for(
+                _listen(settings, url, progress, on_log=lambda line: None, first_status=True),
+                settings.connect_timeout + settings.read_timeout,
+            )
+            return DeploymentOutcome(deployment_id, progress.status, progress.message)
+        except (OSError, asyncio.TimeoutError, _ChannelClosed) as error:
+            problem = str(error) or type(error).__name__
+        if attempt < attempts:
+            wait = _reconnect_wait(attempt, MAX_RECONNECT_WAIT)
+            log.warning(
+                "Channel of deployment %s closed before its status (%s); reconnecting in %.1f s",
+                deployment_id,
+                problem,
+                wait,
+            )
+            await asyncio.sleep(wait)
+    raise VaporUnavailableError(
+        f"could not read the status of deployment {deployment_id} from its channel {url} "
+        f"in {attempts} attempts; the last one ended with: {problem}",
+        call=f"read the status of deployment {deployment_id}",
+    )
 
 
 class _ChannelClosed(Exception):
     """The channel closed, or could not be opened, before the deployment finished."""
 
 
+def _reconnect_wait(failures: int, longest: float) -> float:
+    return min(longest, 0.5 * 2 ** min(failures, 10)) * random.uniform(0.5, 1)
+
+
 async def _listen(
-    settings: VaporConnectionSettings, url: str, progress: DeploymentProgress, on_log: LogSink
+    settings: VaporConnectionSettings,
+    url: str,
+    progress: DeploymentProgress,
+    on_log: LogSink,
+    first_status: bool = False,
 ) -> None:
     from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
@@ -148,12 +190,15 @@ async def _listen(
             async for frame in websocket:
                 for line in progress.receive(frame):
                     on_log(line)
-                if progress.is_finished:
+                if progress.is_finished or (first_status and progress.status is not None):
                     return
     except ConnectionClosed as closed:
         raise _ChannelClosed(f"close code {closed.rcvd.code if closed.rcvd else 'none'}") from None
     except InvalidHandshake as error:
         raise _ChannelClosed(type(error).__name__) from None
+    except asyncio.TimeoutError:
+        # Only the opening handshake times out in here; the caller's deadline cancels instead.
+        raise _ChannelClosed(f"no handshake within {settings.connect_timeout} s") from None
     raise _ChannelClosed("closed without a final status")
 
 
@@ -169,7 +214,7 @@ class _connect:
         from websockets.exceptions import InvalidStatus
 
         settings = self.settings
-        self._connection = connect(
+        opening = connect(
             self.url,
             additional_headers=settings.headers,
             user_agent_header=None,
@@ -183,7 +228,9 @@ class _connect:
             logger=_protocol_log,
         )
         try:
-            return await self._connection.__aenter__()
+            # Only the open connection is kept; the opener and its arguments are freed, about a
+            # kilobyte for each of the thousands of channels one triggerer may hold.
+            self._websocket = await opening
         except ssl.SSLCertVerificationError as error:
             raise VaporConfigurationError(
                 f"TLS verification of the deployment channel {self.url} failed "
@@ -205,9 +252,10 @@ class _connect:
                     http_status=status,
                 ) from None
             raise
+        return self._websocket
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        await self._connection.__aexit__(*exc_info)
+        await self._websocket.__aexit__(*exc_info)
 
 
 def _timed_out(

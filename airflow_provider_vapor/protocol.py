@@ -67,13 +67,18 @@ def parse_frame(data: str | bytes, deployment_id: int | str) -> StatusFrame | Lo
     if document is None or "status" not in document:
         return LogFrame(tuple(data.splitlines()))
     status = document["status"]
-    if status not in KNOWN_STATUSES:
+    if not _is_known_status(status):
         raise VaporProtocolError(
             f"deployment {deployment_id} sent status {status!r}, which is not one of "
             f"{', '.join(sorted(KNOWN_STATUSES))}"
         )
     message = document.get("message")
     return StatusFrame(status, None if message is None else str(message))
+
+
+def _is_known_status(status: object) -> bool:
+    """Whether ``status`` is one of the service's status words; a list or object never is."""
+    return isinstance(status, str) and status in KNOWN_STATUSES
 
 
 def _json_object(data: str) -> dict[str, Any] | None:
@@ -162,7 +167,7 @@ def deployment_from_response(response: Mapping[str, Any], call: str) -> Deployme
             f"'activity.id'); keys were {sorted(response)}"
         )
     status = source.get("status") or WAITING
-    if status not in KNOWN_STATUSES:
+    if not _is_known_status(status):
         raise VaporProtocolError(
             f"{call}: deployment {source['id']} has status {status!r}, which is not one of "
             f"{', '.join(sorted(KNOWN_STATUSES))}"

@@ -31,6 +31,9 @@ pytest_plugins = ["pytester"]
 TOKEN = "emulator-token"
 STEP = 0.02
 WEB = "/v2/apps/replicas/my-app/production/web"
+# The test's own channel client; at DEBUG, websockets would log its Authorization header.
+RAW_CLIENT_LOG = logging.getLogger("tests.raw_channel_client")
+RAW_CLIENT_LOG.setLevel(logging.INFO)
 
 
 @pytest.fixture
@@ -58,7 +61,8 @@ def follow(
     """Read a deployment's channel to its end: every frame, and how the connection closed."""
     frames: list[str | bytes] = []
     url = channel_url(emulator.url, deployment_id)
-    with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as channel:
+    headers = {"Authorization": f"Bearer {token}"}
+    with connect(url, additional_headers=headers, logger=RAW_CLIENT_LOG) as channel:
         try:
             while True:
                 frames.append(channel.recv(timeout=5))
@@ -71,7 +75,11 @@ def refusal(emulator: VaporEmulator, deployment_id: int | str, token: str | None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with (
         pytest.raises(InvalidStatus) as refused,
-        connect(channel_url(emulator.url, deployment_id), additional_headers=headers),
+        connect(
+            channel_url(emulator.url, deployment_id),
+            additional_headers=headers,
+            logger=RAW_CLIENT_LOG,
+        ),
     ):
         pass
     return refused.value.response.status_code
@@ -398,7 +406,8 @@ def test_a_client_that_leaves_frees_its_channel_at_once(api, emulator):
     deployment_id = scale(api, emulator, 2)
     url = channel_url(emulator.url, deployment_id)
 
-    with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as channel:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with connect(url, additional_headers=headers, logger=RAW_CLIENT_LOG) as channel:
         channel.recv(timeout=5)
         opened = emulator.open_channels()
     deadline = time.monotonic() + 1

@@ -289,6 +289,8 @@ class VaporHook(BaseHook):
                 params=call.params or None,
                 timeout=(settings.connect_timeout, settings.read_timeout),
                 allow_redirects=False,
+                # Given per request, so REQUESTS_CA_BUNDLE in the environment cannot override it.
+                verify=settings.requests_verify,
             )
         except requests.exceptions.SSLError as error:
             raise _tls_failure(call, settings, error) from None
@@ -365,7 +367,7 @@ class VaporHook(BaseHook):
                 params=call.params or None,
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
-            if isinstance(error.__context__, ssl.SSLError):
+            if _caused_by_tls(error):
                 raise _tls_failure(call, settings, error) from None
             problem = f"connection to {settings.base_url} failed ({type(error).__name__})"
             raise transport_failure(call, problem, may_have_been_sent=False) from None
@@ -409,6 +411,16 @@ def _gave_up(error: VaporUnavailableError, statistics: Mapping[str, Any]) -> Vap
         call=error.call,
         http_status=error.http_status,
     )
+
+
+def _caused_by_tls(error: BaseException) -> bool:
+    """Whether an SSL error is anywhere in the chain of causes; httpx wraps it twice."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _tls_failure(

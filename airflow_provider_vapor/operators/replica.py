@@ -119,6 +119,7 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
             if not is_template(getattr(self, name)):
                 identifier(name, getattr(self, name))
         self._deployment_status: str | None = None
+        self._followed: Any = None
 
     @cached_property
     def hook(self) -> VaporHook:
@@ -151,7 +152,11 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
         context["ti"].xcom_push(
             key=VaporReplicaLink().xcom_key, value=self.hook.settings.dashboard_link(self.target)
         )
-        return self.execute_resumable(context)
+        summary = self.execute_resumable(context)
+        if summary is None and self._followed is not None:
+            # A try that reattached to a running deployment gets no result from the mixin.
+            summary = self.get_job_result(self._followed, context)
+        return summary
 
     def submit_job(self, context: Any) -> dict[str, Any]:
         response = self.change(self.target)
@@ -194,6 +199,7 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
         from airflow_provider_vapor.triggers.deployment import VaporDeploymentTrigger
 
         deployment_id, url = external_id["deployment_id"], external_id["channel_url"]
+        self._followed = external_id
         if self._deployment_status in TERMINAL_STATUSES:
             self._check(DeploymentOutcome(deployment_id, self._deployment_status))
             return
