@@ -149,7 +149,8 @@ async def read_deployment_status(
                 _listen(settings, url, progress, on_log=lambda line: None, first_status=True),
                 settings.connect_timeout + settings.read_timeout,
             )
-            return DeploymentOutcome(deployment_id, progress.status, progress.message)
+            if progress.status is not None:
+                return DeploymentOutcome(deployment_id, progress.status, progress.message)
         except (OSError, asyncio.TimeoutError, _ChannelClosed) as error:
             problem = str(error) or type(error).__name__
         if attempt < attempts:
