@@ -29,6 +29,7 @@ PING_TIMEOUT = 20.0
 MAX_RECONNECT_WAIT = 30.0
 MAX_FRAME_BYTES = 1 << 20
 READ_STATUS_ATTEMPTS = 3
+NOT_FOUND_CONFIRMATIONS = 3
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,10 @@ async def follow_deployment(
 
     A channel that closes before a terminal status is opened again with capped exponential
     backoff; on reconnect the server's first frame says whether the deployment already ended.
-    Where the channel is gone (404), ``judge_from_rest`` decides from the REST view.
+    Where the channel is gone (404), ``judge_from_rest`` decides from the REST view: a replica
+    that already has its target is a success at once; one that does not is called failed only
+    after the channel has answered 404 :data:`NOT_FOUND_CONFIRMATIONS` times in a row, so a
+    channel that is not there yet cannot fail a deployment that is still running.
 
     :param settings: the connection's settings (token, TLS, timeouts).
     :param deployment_id: the deployment to follow.
@@ -96,6 +100,7 @@ async def follow_deployment(
     """
     progress = DeploymentProgress(deployment_id)
     failures = 0
+    not_found = 0
     while True:
         remaining = deadline - time.time()
         if remaining <= 0:
@@ -107,22 +112,28 @@ async def follow_deployment(
         except VaporNotFoundError:
             if judge_from_rest is None:
                 raise
+            not_found += 1
             log.warning(
                 "Channel of deployment %s is gone; judging it from the REST API", deployment_id
             )
-            return await judge_from_rest()
+            outcome = await judge_from_rest()
+            if outcome.status == SUCCESS or not_found >= NOT_FOUND_CONFIRMATIONS:
+                return outcome
+            problem = f"404, and the REST view says: {outcome.message}"
         except (OSError, _ChannelClosed) as error:
-            failures += 1
-            wait = _reconnect_wait(failures, max_reconnect_wait)
-            log.warning(
-                "Channel of deployment %s closed before it finished (%s); reconnecting in %.1f s",
-                deployment_id,
-                error,
-                wait,
-            )
-            await asyncio.sleep(min(wait, max(0.0, deadline - time.time())))
-            continue
-        return DeploymentOutcome(deployment_id, progress.status or FAILED, progress.message)
+            not_found = 0
+            problem = str(error)
+        else:
+            return DeploymentOutcome(deployment_id, progress.status or FAILED, progress.message)
+        failures += 1
+        wait = _reconnect_wait(failures, max_reconnect_wait)
+        log.warning(
+            "Channel of deployment %s closed before it finished (%s); reconnecting in %.1f s",
+            deployment_id,
+            problem,
+            wait,
+        )
+        await asyncio.sleep(min(wait, max(0.0, deadline - time.time())))
 
 
 async def read_deployment_status(

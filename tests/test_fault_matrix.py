@@ -30,6 +30,7 @@ import psutil
 import pytest
 from airflow.sdk import DAG
 
+from airflow_provider_vapor.channel import NOT_FOUND_CONFIRMATIONS
 from airflow_provider_vapor.emulator import VaporEmulator
 from airflow_provider_vapor.exceptions import (
     VaporApiError,
@@ -634,16 +635,17 @@ CHANNEL_FAULTS = [
     ),
     pytest.param(
         ChannelFault(
-            lambda emulator: emulator.faults.channel_not_found(),
+            lambda emulator: emulator.faults.channel_not_found(count=NOT_FOUND_CONFIRMATIONS),
             "failed",
             "the replica has 1 replicas, not 3",
             judged_from="rest",
             knows_replica=True,
             finished_first=True,
             outcome="failed",
-            rest_after=(200, 200),
+            rest_after=(200, 200) * NOT_FOUND_CONFIRMATIONS,
+            handshakes=(NOT_FOUND_CONFIRMATIONS, NOT_FOUND_CONFIRMATIONS),
         ),
-        id="404-expired-after-failure-judged-from-rest",
+        id="404-expired-after-failure-judged-from-rest-once-confirmed",
     ),
     pytest.param(
         ChannelFault(

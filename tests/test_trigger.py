@@ -202,3 +202,15 @@ def test_cancellation_closes_the_socket_within_a_second_and_changes_nothing(emul
 
     assert closed_after < 1.0
     assert len(emulator.mutations()) == 1
+
+
+def test_channel_missing_while_the_deployment_still_runs_does_not_fail_it(emulator):
+    deployment_id, url = start_scale(emulator, replicas=2)
+    emulator.faults.channel_not_found(count=1)
+
+    events = run_to_end(
+        trigger_for(deployment_id, url, application=APP, environment=ENV, replica=WEB, replicas=2)
+    )
+
+    assert [(e["status"], e["judged_from"]) for e in events] == [("success", "channel")]
+    assert len(emulator.mutations()) == 1

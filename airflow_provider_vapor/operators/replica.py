@@ -222,19 +222,21 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
                 method_name="execute_complete",
                 timeout=self.timeout + DEFERRAL_GRACE,
             )
-        try:
-            outcome = asyncio.run(
-                follow_deployment(
-                    self.hook.settings,
-                    deployment_id,
-                    url,
-                    deadline,
-                    on_log=self.log.info,
-                    max_reconnect_wait=self.max_reconnect_wait,
-                )
+
+        async def judge_from_rest() -> DeploymentOutcome:
+            return await asyncio.to_thread(self._judge_from_rest, deployment_id)
+
+        outcome = asyncio.run(
+            follow_deployment(
+                self.hook.settings,
+                deployment_id,
+                url,
+                deadline,
+                on_log=self.log.info,
+                judge_from_rest=judge_from_rest,
+                max_reconnect_wait=self.max_reconnect_wait,
             )
-        except VaporNotFoundError:
-            outcome = self._judge_from_rest(deployment_id)
+        )
         self._check(outcome)
 
     def get_job_result(self, external_id: Any, context: Any) -> dict[str, Any]:
