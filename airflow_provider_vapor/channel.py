@@ -27,6 +27,7 @@ from airflow_provider_vapor.protocol import FAILED, SUCCESS, TIMEOUT, Deployment
 PING_INTERVAL = 20.0
 PING_TIMEOUT = 20.0
 MAX_RECONNECT_WAIT = 30.0
+SHORTEST_RECONNECT_WAIT = 0.1
 MAX_FRAME_BYTES = 1 << 20
 READ_STATUS_ATTEMPTS = 3
 NOT_FOUND_CONFIRMATIONS = 3
@@ -185,7 +186,9 @@ class _ChannelClosed(Exception):
 
 
 def _reconnect_wait(failures: int, longest: float) -> float:
-    return min(longest, 0.5 * 2 ** min(failures, 10)) * random.uniform(0.5, 1)
+    return max(
+        SHORTEST_RECONNECT_WAIT, min(longest, 0.5 * 2 ** min(failures, 10))
+    ) * random.uniform(0.5, 1)
 
 
 async def _listen(

@@ -13,12 +13,15 @@ if TYPE_CHECKING:
 class VaporReplicaLink(BaseOperatorLink):
     """Opens the replica the task changed in the Vapor Cloud dashboard.
 
-    The URL comes from the connection's ``dashboard_url`` and is stored when the task runs.
+    The URL comes from the connection's ``dashboard_url``. Airflow computes it in the worker
+    when the task ends and stores it for the UI; a task whose replica or connection is not
+    valid gets no link.
     """
 
     name = "Vapor Cloud replica"
 
     def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
-        return XCom.get_value(key=self.xcom_key, ti_key=ti_key) or ""
+        try:
+            return operator.hook.settings.dashboard_link(operator.target)
+        except Exception:
+            return ""

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 
 import pytest
 
@@ -319,3 +320,39 @@ def test_async_side_reads_replica_and_pods_and_retries_503(emulator):
     assert replica["name"] == "web"
     assert pods[0]["status"] == "Running"
     assert [r.status for r in emulator.requests] == [503, 200, 200]
+
+
+@pytest.fixture
+def not_vapor_server():
+    """A plain HTTP server on loopback that answers 404 to everything, token or not."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_test_connection_reports_a_server_that_does_not_ask_for_a_token(
+    not_vapor_server, monkeypatch
+):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_VAPOR_ELSEWHERE",
+        json.dumps({"conn_type": "vapor", "host": not_vapor_server, "password": "a-long-token"}),
+    )
+
+    ok, message = VaporHook("vapor_elsewhere").test_connection()
+
+    assert not ok
+    assert "does not look like the Vapor Cloud API" in message

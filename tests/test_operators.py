@@ -202,3 +202,53 @@ def test_operator_stores_the_dashboard_link_of_the_replica(emulator, run_dag, ai
         ).one()
         link = XComModel.deserialize_value(row)
     assert link == "https://dashboard.vapor.cloud/apps/my-app/production/web"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        ({"replicas": 3.5}, "replicas"),
+        ({"replicas": None}, "replicas"),
+        ({"replicas": "²"}, "replicas"),
+        ({"replicas": 2, "timeout": "60"}, "timeout"),
+        ({"replicas": 2, "max_reconnect_wait": 0}, "max_reconnect_wait"),
+    ],
+)
+def test_literal_values_of_the_wrong_kind_are_refused_when_the_dag_is_parsed(arguments, field):
+    values = {"task_id": "t", "application": APP, "environment": ENV, "replica": WEB}
+
+    with pytest.raises(VaporConfigurationError, match=field):
+        VaporScaleReplicaOperator(**{**values, **arguments})
+
+
+def stored_deployments(dag_id):
+    from airflow.utils.session import create_session
+    from sqlalchemy import text
+
+    with create_session() as session:
+        return session.execute(
+            text("SELECT count(*) FROM task_state_store WHERE dag_id = :dag_id"),
+            {"dag_id": dag_id},
+        ).scalar()
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferred"])
+def test_a_succeeded_change_is_forgotten_so_clearing_the_task_changes_again(
+    emulator, run_dag, deferrable
+):
+    dag = one_task_dag(VaporScaleReplicaOperator, replicas=2, deferrable=deferrable)
+
+    outcome = run_dag(dag)["change"]
+
+    assert outcome.state == "success"
+    assert stored_deployments(dag.dag_id) == 0
+
+
+def test_a_deployment_still_running_at_the_timeout_is_kept_for_the_retry(emulator, run_dag):
+    emulator.faults.never_finish()
+    dag = one_task_dag(VaporScaleReplicaOperator, replicas=2, timeout=1)
+
+    outcome = run_dag(dag)["change"]
+
+    assert outcome.state == "failed"
+    assert stored_deployments(dag.dag_id) == 1

@@ -252,17 +252,38 @@ class VaporHook(BaseHook):
         )
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check that the URL answers and the token is accepted, changing nothing."""
-        probe = ReplicaRef("airflow-connection-test", "production", "web")
+        """Check that the URL is the Vapor Cloud API and accepts the token, changing nothing.
+
+        A request without the token must be refused, and the same request with it must not be:
+        viewing a replica that does not exist tells both apart without touching a real one.
+        """
+        import requests
+
+        settings = self.settings
+        probe = view_call(ReplicaRef("airflow-connection-test", "production", "web"))
         try:
-            self._call(view_call(probe))
+            anonymous = requests.get(
+                settings.base_url + probe.path,
+                timeout=(settings.connect_timeout, settings.read_timeout),
+                verify=settings.requests_verify,
+                allow_redirects=False,
+            )
+        except requests.RequestException as error:
+            return False, f"{settings.base_url} did not answer ({type(error).__name__})"
+        if anonymous.status_code not in (401, 403):
+            return False, (
+                f"{settings.base_url} answered {anonymous.status_code} to a request without a "
+                "token; it does not look like the Vapor Cloud API. Check the host."
+            )
+        try:
+            self._call(probe)
         except VaporNotFoundError:
             pass
         except VaporAuthenticationError:
-            return False, f"{self.settings.base_url} refused the token"
+            return False, f"{settings.base_url} refused the token"
         except VaporError as error:
             return False, str(error)
-        return True, f"{self.settings.base_url} accepted the token"
+        return True, f"{settings.base_url} accepted the token"
 
     def _call(self, call: ApiCall, as_text: bool = False) -> Any:
         from tenacity import Retrying
@@ -407,7 +428,7 @@ def reboot_call(replica: ReplicaRef) -> ApiCall:
 def _gave_up(error: VaporUnavailableError, statistics: Mapping[str, Any]) -> VaporUnavailableError:
     attempts = statistics.get("attempt_number", 1)
     return VaporUnavailableError(
-        f"{error} (gave up after {attempts} attempts)",
+        f"{error} (gave up after {attempts} attempt{'s' if attempts != 1 else ''})",
         call=error.call,
         http_status=error.http_status,
     )

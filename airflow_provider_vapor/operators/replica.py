@@ -52,7 +52,7 @@ def identifier(field_name: str, value: Any) -> str:
 
 def replica_count(value: Any) -> int:
     """Return ``value`` as a replica count: a whole number of 0 or more, digits accepted."""
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise VaporConfigurationError(
@@ -63,7 +63,20 @@ def replica_count(value: Any) -> int:
 
 def is_template(value: Any) -> bool:
     """Whether ``value`` is still to be rendered or resolved when the task runs."""
-    return not isinstance(value, (str, int)) or (isinstance(value, str) and "{" in value)
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    return hasattr(value, "resolve")
+
+
+def positive_seconds(field_name: str, value: Any) -> timedelta:
+    """Return ``value`` (seconds or a timedelta) as a positive timedelta."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = timedelta(seconds=value)
+    if not isinstance(value, timedelta) or value.total_seconds() <= 0:
+        raise VaporConfigurationError(
+            f"{field_name} must be a positive number of seconds or a timedelta, got {value!r}"
+        )
+    return value
 
 
 class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
@@ -111,10 +124,10 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
         self.vapor_conn_id = vapor_conn_id
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
-        self.timeout = timeout if isinstance(timeout, timedelta) else timedelta(seconds=timeout)
-        self.max_reconnect_wait = max_reconnect_wait
-        if self.timeout.total_seconds() <= 0:
-            raise VaporConfigurationError(f"timeout must be positive, got {timeout!r}")
+        self.timeout = positive_seconds("timeout", timeout)
+        self.max_reconnect_wait = positive_seconds(
+            "max_reconnect_wait", max_reconnect_wait
+        ).total_seconds()
         for name in ("application", "environment", "replica"):
             if not is_template(getattr(self, name)):
                 identifier(name, getattr(self, name))
@@ -149,13 +162,11 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         self.validate()
-        context["ti"].xcom_push(
-            key=VaporReplicaLink().xcom_key, value=self.hook.settings.dashboard_link(self.target)
-        )
         summary = self.execute_resumable(context)
         if summary is None and self._followed is not None:
             # A try that reattached to a running deployment gets no result from the mixin.
             summary = self.get_job_result(self._followed, context)
+        self._forget_deployment(context)
         return summary
 
     def submit_job(self, context: Any) -> dict[str, Any]:
@@ -253,7 +264,18 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
         except (KeyError, TypeError):
             raise VaporProtocolError(f"unexpected event from the trigger: {event!r}") from None
         self._check(outcome)
+        self._forget_deployment(context)
         return self._summary(outcome.deployment_id, event.get("channel_url"))
+
+    def _forget_deployment(self, context: Any) -> None:
+        """Drop the finished deployment from the task state store.
+
+        A retry after a failure still finds a deployment that may be running; once the task has
+        succeeded, clearing it in Airflow makes the change again, as a user who clears it means.
+        """
+        task_state_store = context.get("task_state_store")
+        if task_state_store is not None:
+            task_state_store.delete(self.external_id_key)
 
     def _check(self, outcome: DeploymentOutcome) -> None:
         self._deployment_status = outcome.status
@@ -266,7 +288,10 @@ class VaporReplicaOperator(ResumableJobMixin, BaseOperator):
                 f"{what} failed: {outcome.message or 'the service gave no reason'}"
             )
         if outcome.status == TIMEOUT:
-            raise VaporDeploymentTimeoutError(f"{what}: {outcome.message}")
+            raise VaporDeploymentTimeoutError(
+                f"{self.action} {self.target}: {outcome.message}. A retry of this task waits "
+                "for the same deployment; raise timeout if deployments take longer."
+            )
         if outcome.status == "error":
             raise VaporError(f"{what}: {outcome.message}")
         raise VaporProtocolError(f"{what} ended with unexpected status {outcome.status!r}")
