@@ -77,6 +77,11 @@ def get_provider_info() -> dict:
                         "label": "Read timeout (seconds)",
                         "schema": {"type": ["number", "null"], "default": 30},
                     },
+                    "ping_interval": {
+                        "label": "Channel keepalive ping interval (seconds)",
+                        "description": "0 turns pings off. Keep it below any proxy's idle timeout.",
+                        "schema": {"type": ["number", "null"], "default": 30},
+                    },
                     "max_retries": {
                         "label": "Retries of a failed call",
                         "schema": {"type": ["integer", "null"], "default": 5},

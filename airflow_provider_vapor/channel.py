@@ -24,7 +24,6 @@ from airflow_provider_vapor.exceptions import (
 from airflow_provider_vapor.hooks.vapor import VaporConnectionSettings
 from airflow_provider_vapor.protocol import FAILED, SUCCESS, TIMEOUT, DeploymentProgress
 
-PING_INTERVAL = 20.0
 PING_TIMEOUT = 20.0
 MAX_RECONNECT_WAIT = 30.0
 SHORTEST_RECONNECT_WAIT = 0.1
@@ -235,8 +234,9 @@ class _connect:
             user_agent_header=None,
             ssl=settings.ssl_context() if self.url.startswith("wss:") else None,
             open_timeout=settings.connect_timeout,
-            ping_interval=PING_INTERVAL,
+            ping_interval=settings.ping_interval or None,
             ping_timeout=PING_TIMEOUT,
+            compression=None,
             close_timeout=1,
             max_size=MAX_FRAME_BYTES,
             max_queue=4,

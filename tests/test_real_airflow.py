@@ -279,7 +279,7 @@ def test_deferred_scale_runs_through_the_triggerer_of_a_real_airflow(
     try:
         for component in COMPONENTS:
             deployment.start(component)
-        wait_for("the API server", lambda: api_server_healthy(deployment), deployment, 60)
+        wait_for("the API server", lambda: api_server_healthy(deployment), deployment, 180)
         wait_for(
             f"{DAG_ID} to be parsed",
             lambda: deployment.query("SELECT 1 FROM dag WHERE dag_id = ?", DAG_ID),

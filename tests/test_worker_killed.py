@@ -86,7 +86,7 @@ def test_worker_killed_mid_wait_is_retried_and_reattaches_without_a_second_chang
     try:
         for component in COMPONENTS:
             deployment.start(component)
-        wait_for("the API server", lambda: api_server_healthy(deployment), deployment, 60)
+        wait_for("the API server", lambda: api_server_healthy(deployment), deployment, 180)
         wait_for(
             f"{DAG_ID} to be parsed",
             lambda: deployment.query("SELECT 1 FROM dag WHERE dag_id = ?", DAG_ID),

@@ -43,6 +43,7 @@ DEFAULT_HOST = "api-new.v2.vapor.cloud"
 DEFAULT_DASHBOARD_URL = "https://dashboard.vapor.cloud/apps/{application}/{environment}/{replica}"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_PING_INTERVAL = 30.0
 USER_AGENT = "airflow-provider-vapor"
 
 
@@ -58,6 +59,8 @@ class VaporConnectionSettings:
     :param ca_bundle: a CA bundle file to verify against instead of the system's.
     :param connect_timeout: seconds to wait for a connection.
     :param read_timeout: seconds to wait for an answer.
+    :param ping_interval: seconds between keepalive pings on a deployment channel; 0 turns
+        them off.
     :param retry: how failed calls are retried.
     :param dashboard_url: the replica's dashboard page, with ``{application}``,
         ``{environment}`` and ``{replica}`` placeholders.
@@ -71,6 +74,7 @@ class VaporConnectionSettings:
     ca_bundle: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    ping_interval: float = DEFAULT_PING_INTERVAL
     retry: RetrySettings = field(default_factory=RetrySettings)
     dashboard_url: str = DEFAULT_DASHBOARD_URL
 
@@ -105,6 +109,7 @@ class VaporConnectionSettings:
             ca_bundle=extra.get("ca_bundle") or None,
             connect_timeout=_seconds(conn_id, "connect_timeout", extra, DEFAULT_CONNECT_TIMEOUT),
             read_timeout=_seconds(conn_id, "read_timeout", extra, DEFAULT_READ_TIMEOUT),
+            ping_interval=_seconds(conn_id, "ping_interval", extra, DEFAULT_PING_INTERVAL),
             retry=RetrySettings(
                 max_retries=int(_seconds(conn_id, "max_retries", extra, 5)),
                 backoff=_seconds(conn_id, "retry_backoff", extra, 1.0),

@@ -1,0 +1,1 @@
+"""Benchmarks of the Vapor provider against the emulator: ``python -m benchmarks``."""
