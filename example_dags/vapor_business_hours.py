@@ -11,10 +11,11 @@ the clock on the wall: 08:00 is 07:00 UTC in winter and 06:00 UTC in summer. Bot
 outside the hour the clocks skip or repeat (02:00 to 03:00 in Europe/Amsterdam), so every day
 has exactly one run, the days the clocks change included.
 
-The DAGs have no ``start_date`` on purpose: the first run is then the next 08:00 (or 19:00)
-after the DAG is switched on. With a past ``start_date`` and ``catchup=False``, Airflow would
-start a run at once for the most recent slot it missed, scaling up at whatever hour the DAG
-was deployed.
+The DAGs have no ``start_date`` and pass ``run_immediately=timedelta(0)`` on purpose: the first
+run is then the next 08:00 (or 19:00) after the DAG is switched on. Otherwise Airflow starts a
+run at once for the most recent slot: with a past ``start_date`` and ``catchup=False``, or,
+without a ``start_date``, when that slot passed less than a tenth of the gap between runs ago
+(2.4 hours for a daily schedule).
 
 The scale operators are deferrable: while the deployment runs, the task holds no worker slot,
 and the triggerer streams the deployment's output into the task log. Trigger a run by hand with
@@ -46,53 +47,42 @@ DEFAULT_ARGS = {
 }
 
 
-with DAG(
-    dag_id="vapor_business_hours_morning",
-    description="Scale my-app/production/web up for the working day",
-    schedule=CronTriggerTimetable(MORNING, timezone=TIMEZONE),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    params={
-        "replicas": Param(
-            3, type="integer", minimum=0, description="replicas of web during the day"
-        ),
-    },
-    tags=["vapor", "business-hours"],
-    doc_md=__doc__,
-) as morning:
-    VaporScaleReplicaOperator(
-        task_id="scale_up",
-        application=APPLICATION,
-        environment=ENVIRONMENT,
-        replica=REPLICA,
-        replicas="{{ params.replicas }}",
-        deferrable=True,
-        timeout=timedelta(minutes=30),
-    )
+def scaling_dag(dag_id: str, description: str, cron: str, task_id: str, replicas: int) -> DAG:
+    """A DAG that scales ``web`` to ``replicas`` on the given cron schedule, in Amsterdam time."""
+    with DAG(
+        dag_id=dag_id,
+        description=description,
+        schedule=CronTriggerTimetable(cron, timezone=TIMEZONE, run_immediately=timedelta(0)),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        params={"replicas": Param(replicas, type="integer", minimum=0)},
+        tags=["vapor", "business-hours"],
+        doc_md=__doc__,
+    ) as dag:
+        VaporScaleReplicaOperator(
+            task_id=task_id,
+            application=APPLICATION,
+            environment=ENVIRONMENT,
+            replica=REPLICA,
+            replicas="{{ params.replicas }}",
+            deferrable=True,
+            timeout=timedelta(minutes=30),
+        )
+    return dag
 
 
-with DAG(
-    dag_id="vapor_business_hours_evening",
-    description="Scale my-app/production/web down for the night",
-    schedule=CronTriggerTimetable(EVENING, timezone=TIMEZONE),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    params={
-        "replicas": Param(
-            1, type="integer", minimum=0, description="replicas of web outside business hours"
-        ),
-    },
-    tags=["vapor", "business-hours"],
-    doc_md=__doc__,
-) as evening:
-    VaporScaleReplicaOperator(
-        task_id="scale_down",
-        application=APPLICATION,
-        environment=ENVIRONMENT,
-        replica=REPLICA,
-        replicas="{{ params.replicas }}",
-        deferrable=True,
-        timeout=timedelta(minutes=30),
-    )
+morning = scaling_dag(
+    "vapor_business_hours_morning",
+    "Scale my-app/production/web up for the working day",
+    MORNING,
+    task_id="scale_up",
+    replicas=3,
+)
+evening = scaling_dag(
+    "vapor_business_hours_evening",
+    "Scale my-app/production/web down for the night",
+    EVENING,
+    task_id="scale_down",
+    replicas=1,
+)

@@ -2,8 +2,9 @@
 
 ``reboot_web`` reboots the pods of ``web`` of ``my-app/production`` at 04:00 Amsterdam time
 and waits, deferred, until the deployment has finished. The reboot is never sent twice: a
-retry reattaches to the deployment the first try started. Without a ``start_date`` the first
-run is the next 04:00 after the DAG is switched on, not an immediate one.
+retry reattaches to the deployment the first try started. With no ``start_date`` and
+``run_immediately=timedelta(0)``, the first run is the next 04:00 after the DAG is switched on,
+not an immediate one.
 
 The second branch shows :class:`~airflow_provider_vapor.sensors.deployment.VaporDeploymentSensor`,
 which waits for any deployment by its id. Here ``scale_worker`` sets ``worker`` to its night-time
@@ -34,7 +35,7 @@ ENVIRONMENT = "production"
 with DAG(
     dag_id="vapor_nightly_reboot",
     description="Reboot my-app/production/web every night",
-    schedule=CronTriggerTimetable("0 4 * * *", timezone=TIMEZONE),
+    schedule=CronTriggerTimetable("0 4 * * *", timezone=TIMEZONE, run_immediately=timedelta(0)),
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "platform", "retries": 2, "retry_delay": timedelta(minutes=1)},

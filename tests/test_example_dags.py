@@ -241,7 +241,7 @@ def test_business_hours_start_with_the_next_slot_instead_of_catching_up(dagbag):
         assert first.run_after > now
 
 
-def test_morning_and_evening_scale_web_up_and_back_down(emulator, example_dag, run_dag, capfd):
+def test_morning_and_evening_scale_web_up_and_back_down(emulator, example_dag, run_dag, all_logs):
     morning = run_dag(example_dag("vapor_business_hours_morning"))
     replicas_by_day = emulator.replica("my-app", ENV, WEB)["replicas"]
     evening = run_dag(example_dag("vapor_business_hours_evening"))
@@ -253,9 +253,9 @@ def test_morning_and_evening_scale_web_up_and_back_down(emulator, example_dag, r
     scales = emulator.mutations(action="scale", application="my-app", replica=WEB)
     assert [request.body for request in scales] == [{"replicas": 3}, {"replicas": 1}]
     deployment = emulator.deployment(morning["scale_up"].result["deployment_id"])
-    output = capfd.readouterr()
+    logs = all_logs()
     assert len(deployment.log) >= 3
-    assert all(line in output.out + output.err for line in deployment.log)
+    assert all(line in logs for line in deployment.log)
 
 
 def test_morning_scale_takes_the_replica_count_from_the_run_conf(emulator, example_dag, run_dag):

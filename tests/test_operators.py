@@ -67,7 +67,7 @@ def test_operator_changes_the_replica_and_returns_a_summary(
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferred"])
 def test_failed_deployment_fails_the_task_with_the_services_message(
-    emulator, run_dag, capfd, deferrable
+    emulator, run_dag, all_logs, deferrable
 ):
     emulator.faults.deployment_outcome(status="failed", message="quota exceeded for plan")
     dag = one_task_dag(VaporScaleReplicaOperator, replicas=5, deferrable=deferrable)
@@ -75,21 +75,21 @@ def test_failed_deployment_fails_the_task_with_the_services_message(
     outcome = run_dag(dag)["change"]
 
     assert outcome.state == "failed"
-    output = capfd.readouterr()
-    assert "quota exceeded for plan" in output.out + output.err
+    logs = all_logs()
+    assert "quota exceeded for plan" in logs
     assert VaporHook().get_replica(APP, ENV, WEB)["replicas"] == 1
 
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferred"])
-def test_deployment_past_the_timeout_fails_the_task(emulator, run_dag, capfd, deferrable):
+def test_deployment_past_the_timeout_fails_the_task(emulator, run_dag, all_logs, deferrable):
     emulator.faults.never_finish()
     dag = one_task_dag(VaporScaleReplicaOperator, replicas=2, deferrable=deferrable, timeout=1)
 
     outcome = run_dag(dag)["change"]
 
     assert outcome.state == "failed"
-    output = capfd.readouterr()
-    assert "did not finish by the deadline" in output.out + output.err
+    logs = all_logs()
+    assert "did not finish by the deadline" in logs
 
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferred"])
@@ -126,7 +126,7 @@ def test_without_waiting_the_task_returns_once_the_change_is_accepted(emulator, 
     ],
 )
 def test_bad_rendered_values_fail_the_task_before_any_call(
-    emulator, run_dag, capfd, params, field, shown
+    emulator, run_dag, all_logs, params, field, shown
 ):
     dag = one_task_dag(
         VaporScaleReplicaOperator,
@@ -138,9 +138,9 @@ def test_bad_rendered_values_fail_the_task_before_any_call(
     outcome = run_dag(dag)["change"]
 
     assert outcome.state == "failed"
-    output = capfd.readouterr()
-    assert f"{field} must be" in output.out + output.err
-    assert shown in output.out + output.err
+    logs = all_logs()
+    assert f"{field} must be" in logs
+    assert shown in logs
     assert emulator.requests == []
 
 

@@ -54,14 +54,14 @@ def test_sensor_succeeds_when_the_deployment_succeeds(emulator, run_dag, mode):
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_sensor_fails_when_the_deployment_fails(emulator, run_dag, capfd, mode):
+def test_sensor_fails_when_the_deployment_fails(emulator, run_dag, all_logs, mode):
     emulator.faults.deployment_outcome(status="failed", message="node pool exhausted")
 
     outcomes = run_dag(start_then_sense(mode))
 
     assert outcomes["sense"].state == "failed"
-    output = capfd.readouterr()
-    assert "node pool exhausted" in output.out + output.err
+    logs = all_logs()
+    assert "node pool exhausted" in logs
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

@@ -93,6 +93,7 @@ def test_worker_killed_mid_wait_is_retried_and_reattaches_without_a_second_chang
             deployment,
             60,
         )
+        deployment.cli("dags", "unpause", DAG_ID)
         deployment.cli("dags", "trigger", DAG_ID)
         [scale] = wait_for(
             "the scale to reach the service",
