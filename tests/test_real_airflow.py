@@ -169,6 +169,21 @@ def wait_for(what: str, check, deployment: AirflowDeployment, timeout: float, in
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def start_and_trigger(deployment: AirflowDeployment, components, dag_id: str) -> None:
+    """Start the components, wait until the DAG is parsed, switch it on and trigger one run."""
+    for component in components:
+        deployment.start(component)
+    wait_for("the API server", lambda: api_server_healthy(deployment), deployment, 180)
+    wait_for(
+        f"{dag_id} to be parsed",
+        lambda: deployment.query("SELECT 1 FROM dag WHERE dag_id = ?", dag_id),
+        deployment,
+        60,
+    )
+    deployment.cli("dags", "unpause", dag_id)
+    deployment.cli("dags", "trigger", dag_id)
+
+
 def seconds_until_clear_of_scheduled_runs(now: pendulum.DateTime) -> float:
     """Seconds to wait so that no 08:00-weekday or 19:00 Amsterdam slot falls in the test's run.
 
@@ -282,18 +297,7 @@ def test_deferred_scale_runs_through_the_triggerer_of_a_real_airflow(
         return state
 
     try:
-        for component in COMPONENTS:
-            deployment.start(component)
-        wait_for("the API server", lambda: api_server_healthy(deployment), deployment, 180)
-        wait_for(
-            f"{DAG_ID} to be parsed",
-            lambda: deployment.query("SELECT 1 FROM dag WHERE dag_id = ?", DAG_ID),
-            deployment,
-            60,
-        )
-
-        deployment.cli("dags", "unpause", DAG_ID)
-        deployment.cli("dags", "trigger", DAG_ID)
+        start_and_trigger(deployment, COMPONENTS, DAG_ID)
         wait_for(f"{TASK_ID} to be deferred", lambda: task_state() == "deferred", deployment, 90)
         wait_for(
             "the triggerer to open the deployment's channel",

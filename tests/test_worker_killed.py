@@ -18,8 +18,8 @@ import uuid
 import psutil
 from test_real_airflow import (
     airflow_deployment,  # noqa: F401 - the fixture this test runs in
-    api_server_healthy,
     emulator_for_airflow,  # noqa: F401 - the fixture that emulator comes from
+    start_and_trigger,
     wait_for,
 )
 
@@ -84,17 +84,7 @@ def test_worker_killed_mid_wait_is_retried_and_reattaches_without_a_second_chang
     (deployment.home / "dags" / f"{DAG_ID}.py").write_text(KILLED_DAG)
     emulator.hold()
     try:
-        for component in COMPONENTS:
-            deployment.start(component)
-        wait_for("the API server", lambda: api_server_healthy(deployment), deployment, 180)
-        wait_for(
-            f"{DAG_ID} to be parsed",
-            lambda: deployment.query("SELECT 1 FROM dag WHERE dag_id = ?", DAG_ID),
-            deployment,
-            60,
-        )
-        deployment.cli("dags", "unpause", DAG_ID)
-        deployment.cli("dags", "trigger", DAG_ID)
+        start_and_trigger(deployment, COMPONENTS, DAG_ID)
         [scale] = wait_for(
             "the scale to reach the service",
             lambda: emulator.mutations(application=APPLICATION),
