@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -35,10 +35,6 @@ class StatusFrame:
 
     status: str
     message: str | None = None
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)
@@ -112,13 +108,11 @@ class DeploymentProgress:
     deployment_id: int | str
     status: str | None = None
     message: str | None = None
-    log_lines: int = field(default=0)
 
     def receive(self, data: str | bytes) -> tuple[str, ...]:
         """Take in one frame and return the log lines it carries."""
         frame = parse_frame(data, self.deployment_id)
         if isinstance(frame, LogFrame):
-            self.log_lines += len(frame.lines)
             return frame.lines
         if not self.is_finished:
             self.status = frame.status
@@ -138,10 +132,6 @@ class DeploymentRef:
     status: str
     action: str | None = None
     tracking_url: str | None = None
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in TERMINAL_STATUSES
 
 
 def deployment_from_response(response: Mapping[str, Any], call: str) -> DeploymentRef:
